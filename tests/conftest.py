@@ -199,3 +199,74 @@ def idx_dataset(tmp_path: Path) -> IdxDataset:
     files = write_idx_dataset(folder, n_train_per_class=20, n_test_per_class=5)
     entry = idx_dataset_entry(files, n_train=200, n_test=50, sources=[str(folder)])
     return IdxDataset(folder, files, DatasetSpec(name="tiny", **entry), entry)
+
+
+# --- a tiny whole pipeline (download .. register) in a temp repo -----------------------
+
+# Params that make a whole `dvc repro` take about a minute on 2 cores: a generated 10-class
+# dataset, a 2-trial MLP search of 1 epoch, 2 training epochs, a register floor of 0 so the
+# first model is promoted.
+TINY_PIPELINE_PARAMS = {
+    "data": {"dataset": "tiny", "limit": 0},
+    "tune": {"n_trials": 2, "epochs": 1, "patience": 1, "train_subset": 0, "pruner": "none",
+             "search_space": {"units": {"type": "int", "low": 8, "high": 32, "log": True},
+                              "dropout": {"type": "float", "low": 0.1, "high": 0.3},
+                              "learning_rate": {"type": "float", "low": 0.001, "high": 0.01,
+                                                "log": True}},
+             "fixed": {"family": "mlp", "batch_size": 64}},
+    "train": {"epochs": 2, "patience": 1},
+    "evaluate": {"latency_repeats": 5, "worst_examples": 5},
+    "register": {"min_accuracy": 0.0, "min_delta": 0.001},
+}
+
+
+def git_commit_all(repo: Path, message: str) -> None:
+    """Commit every change in ``repo`` (a test copy) so HEAD holds it."""
+    git = ["git", "-c", "user.email=tests@example.invalid", "-c", "user.name=tests"]
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", message, "--no-gpg-sign"], cwd=repo, check=True)
+
+
+def make_tiny_pipeline(root: Path) -> Path:
+    """A committed repo copy at ``root/'repo'`` set up by TINY_PIPELINE_PARAMS, reading the
+    generated dataset 'tiny' (20 train + 5 test noise images per class) from the local mirror
+    folder ``root/'tiny-data'``. Nothing has run yet; return the repo path."""
+    import yaml
+
+    data = root / "tiny-data"
+    files = write_idx_dataset(data, n_train_per_class=20, n_test_per_class=5)
+    repo = copy_repo(root / "repo")
+    specs = yaml.safe_load((repo / "datasets.yaml").read_text())
+    specs["tiny"] = idx_dataset_entry(files, n_train=200, n_test=50, sources=[str(data)])
+    (repo / "datasets.yaml").write_text(yaml.safe_dump(specs, sort_keys=False))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY_PIPELINE_PARAMS.items():
+        params[section] = {**params.get(section, {}), **values}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git_commit_all(repo, "tiny pipeline params")
+    return repo
+
+
+@dataclass
+class RetrainedProject:
+    """A tiny pipeline after one `pipeline-retrain` call: its repo, that call and its duration."""
+
+    repo: Path
+    first: subprocess.CompletedProcess
+    seconds: float
+
+    def copy(self, dest: Path) -> Path:
+        """A private copy of the retrained repo (MLflow re-roots its artifact paths on use)."""
+        return Path(shutil.copytree(self.repo, dest, symlinks=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_retrained(tmp_path_factory) -> RetrainedProject:
+    """Session-wide: make_tiny_pipeline + one `pipeline-retrain` (a full dvc repro through
+    register; ~1-2 min). Tests must not change it: take ``.copy(tmp_path / 'repo')``."""
+    import time
+
+    repo = make_tiny_pipeline(tmp_path_factory.mktemp("tiny-pipeline"))
+    started = time.monotonic()
+    first = run([str(VENV_BIN / "pipeline-retrain")], cwd=repo, timeout=600)
+    return RetrainedProject(repo, first, time.monotonic() - started)

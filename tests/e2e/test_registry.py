@@ -6,7 +6,6 @@ the console commands and the model server run as subprocesses.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
