@@ -29,7 +29,7 @@ class IdxError(PipelineError):
     """An IDX file whose bytes do not match what its header claims."""
 
 
-def _content_size(path: Path) -> int:
+def content_size(path: Path) -> int:
     """Decompressed size without decompressing: gzip's trailer holds it (mod 2**32)."""
     if path.suffix != ".gz":
         return path.stat().st_size
@@ -78,7 +78,7 @@ def read_idx(path: Path) -> np.ndarray:
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        available = _content_size(path)
+        available = content_size(path)
         with opener(path, "rb") as fh:
             dtype, dims = read_header(fh, str(path))
             header_len = 4 + 4 * len(dims)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 FAMILIES = ("mlp", "cnn")
+DEFAULT_BATCH_SIZE = 128
 
 
 def build_model(hp: Mapping[str, Any], input_shape: Sequence[int], num_classes: int,

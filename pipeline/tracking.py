@@ -69,6 +69,21 @@ def reroot_artifacts(db: Path, artifacts_root: Path) -> int:
         con.close()
 
 
+def probe_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow's own client retries for
+    minutes before giving up)."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.exceptions.RequestException as err:
+        raise PipelineError(
+            f"the MLflow tracking server {uri} does not answer ({type(err).__name__}). Start it "
+            f"(python -m pipeline.ui mlflow), fix MLFLOW_TRACKING_URI, or unset it to use the "
+            f"project's store in mlruns/."
+        ) from None
+
+
 def connect(paths: Paths, experiment: str) -> str:
     """Point MLflow at the store, make sure ``experiment`` exists; return its id."""
     import mlflow
@@ -80,6 +95,8 @@ def connect(paths: Paths, experiment: str) -> str:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             reroot_artifacts(db, artifacts_root)
+        elif uri.startswith(("http://", "https://")):
+            probe_server(uri)
         mlflow.set_tracking_uri(uri)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is not None:

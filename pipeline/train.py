@@ -16,7 +16,6 @@ from pipeline import config, fsio, tracking
 from pipeline.config import RuntimeParams, TrainParams
 from pipeline.errors import PipelineError, cli
 
-DEFAULT_BATCH_SIZE = 128
 
 
 def history_csv(history: dict[str, list[float]]) -> str:
@@ -35,7 +34,7 @@ def train(hp: dict[str, Any], splits: Any, stats: dict, train_params: TrainParam
     """Build the model from ``hp`` and train it; return (model, history)."""
     import numpy as np
 
-    from pipeline.models import as_float, build_model, fit_model
+    from pipeline.models import DEFAULT_BATCH_SIZE, as_float, build_model, fit_model
 
     batch_size = int(hp.get("batch_size", DEFAULT_BATCH_SIZE))
     steps = int(np.ceil(len(splits.y_train) / batch_size))

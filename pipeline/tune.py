@@ -19,16 +19,27 @@ from pipeline import config, fsio, tracking
 from pipeline.config import CategoricalDist, FloatDist, IntDist, RuntimeParams, TuneParams
 from pipeline.errors import PipelineError, cli
 
-DEFAULT_BATCH_SIZE = 128
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# Failed trials (a crash, a killed worker marked stale) do not count towards `tune.n_trials`:
+# a re-run after fixing the cause tries again instead of reporting the old failures forever.
+FINISHED = ("COMPLETE", "PRUNED")
 
 
-def study_name(tune: TuneParams, dataset: str, limit: int) -> str:
-    """Name the study by dataset and search: same search resumes, a changed one starts anew."""
+def data_fingerprint(stats: dict, seed: int) -> dict[str, Any]:
+    """What identifies the trials' data: split sizes, normalization (a content summary), seed."""
+    return {"counts": stats["counts"], "normalization": stats["normalization"],
+            "limit": stats.get("limit"), "seed": seed}
+
+
+def study_name(tune: TuneParams, dataset: str, data_key: Any) -> str:
+    """Name the study by dataset, data and search: the same resumes, a changed one starts anew.
+
+    ``data_key`` is anything JSON-able that changes when the trials' data does
+    (see data_fingerprint); trials on other data are not comparable.
+    """
     key = json.dumps({
         "space": {k: v.model_dump() for k, v in sorted(tune.search_space.items())},
         "fixed": tune.fixed, "epochs": tune.epochs, "patience": tune.patience,
-        "train_subset": tune.train_subset, "limit": limit,
+        "train_subset": tune.train_subset, "data": data_key,
     }, sort_keys=True, default=str)
     space = hashlib.sha256(key.encode()).hexdigest()[:8]
     return tune.study_name.replace("{dataset}", dataset).replace("{space}", space)
@@ -75,11 +86,16 @@ def pruning_callback(trial: Any, monitor: str = "val_accuracy"):
 
 def open_study(tune: TuneParams, name: str):
     """Create or resume the study; an unusable storage URL becomes one clear error."""
+    import warnings
+
     import optuna
 
     try:
         # Heartbeats let a resumed study mark trials of a killed process as failed.
-        storage = optuna.storages.RDBStorage(tune.storage, heartbeat_interval=10, grace_period=30)
+        with warnings.catch_warnings():  # "experimental" notice, printed on every run
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(tune.storage, heartbeat_interval=10,
+                                                 grace_period=30)
         sampler = optuna.samplers.TPESampler(seed=tune.sampler_seed, n_startup_trials=4,
                                              multivariate=True)
         return optuna.create_study(study_name=name, storage=storage, sampler=sampler,
@@ -113,20 +129,35 @@ def make_objective(data: TrialData, tune: TuneParams, runtime: RuntimeParams,
     ``on_trial(trial, hp)`` may return extra Keras callbacks (the MLflow epoch logger).
     """
     import keras
+    import optuna
 
-    from pipeline.models import build_model, fit_model
+    from pipeline.models import DEFAULT_BATCH_SIZE, build_model, fit_model
 
-    def objective(trial: Any) -> float:
+    def run_trial(trial: Any) -> float:
         hp = {**tune.fixed, **suggest(trial, tune.search_space)}
         keras.backend.clear_session()
         keras.utils.set_random_seed(runtime.seed + trial.number)
-        model = build_model(hp, data.input_shape, data.num_classes, data.mean, data.std)
+        batch_size = int(hp.get("batch_size", DEFAULT_BATCH_SIZE))
+        # The same cosine schedule as the final training, over the trial's budget, so the
+        # learning rate chosen here means the same thing in `train`.
+        model = build_model(hp, data.input_shape, data.num_classes, data.mean, data.std,
+                            steps_per_epoch=-(-len(data.y_train) // batch_size), epochs=tune.epochs)
         extra = on_trial(trial, hp) if on_trial else []
         history = fit_model(model, data.x_train, data.y_train, data.x_val, data.y_val,
-                            epochs=tune.epochs, batch_size=int(hp.get("batch_size", DEFAULT_BATCH_SIZE)),
+                            epochs=tune.epochs, batch_size=batch_size,
                             patience=tune.patience, callbacks=[*extra, pruning_callback(trial)])
         trial.set_user_attr("epochs", len(history["val_accuracy"]))
         return max(history["val_accuracy"])
+
+    def objective(trial: Any) -> float:
+        try:
+            return run_trial(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            # Optuna keeps no failure reason on the trial; the stage's error message needs one.
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            raise
 
     return objective
 
@@ -148,7 +179,10 @@ def summarize(study: Any) -> dict[str, Any]:
 
 def save_plots(study: Any, folder: Path) -> list[Path]:
     """Optimization history, parameter importances and intermediate values as PNGs."""
+    import warnings
+
     import matplotlib
+    import optuna
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -159,7 +193,9 @@ def save_plots(study: Any, folder: Path) -> list[Path]:
                        ("param_importances", ovm.plot_param_importances),
                        ("intermediate_values", ovm.plot_intermediate_values)):
         try:
-            ax = plot(study)
+            with warnings.catch_warnings():  # the matplotlib backend is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue  # e.g. importances need two finished trials with different params
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
@@ -211,7 +247,10 @@ def main() -> None:
     runtime = config.section("runtime", RuntimeParams, params)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    name = study_name(tune, data_params.dataset, data_params.limit)
+    from pipeline.prepare import load_stats
+
+    name = study_name(tune, data_params.dataset,
+                      data_fingerprint(load_stats(paths.prepared), runtime.seed))
     study = open_study(tune, name)
     experiment_id = tracking.connect(paths, data_params.dataset)
     configure_runtime(runtime.seed, runtime.intra_op_threads, runtime.inter_op_threads)
@@ -250,7 +289,7 @@ def main() -> None:
         mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
         if summary["best_trial"] is None:
             failed = [t for t in study.trials if t.state.name == "FAIL"]
-            reason = failed[-1].system_attrs.get("fail_reason", "") if failed else ""
+            reason = failed[-1].user_attrs.get("fail_reason", "") if failed else ""
             raise PipelineError(
                 f"no trial of study {name} completed ({summary['trials_pruned']} pruned, "
                 f"{summary['trials_failed']} failed{': last failure: ' + reason[:300] if reason else ''}"

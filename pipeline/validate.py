@@ -28,7 +28,7 @@ from pipeline import config, fsio
 from pipeline.config import DatasetSpec, ValidateParams
 from pipeline.errors import PipelineError, cli
 from pipeline.formats import RawData, read_raw
-from pipeline.idx import CODES, IdxError, _content_size, read_header
+from pipeline.idx import CODES, IdxError, content_size, read_header
 
 SUITES = ("idx_headers", "images", "class_balance", "splits")
 # Columns that identify a failing row in the error paragraph and in Data Docs.
@@ -70,7 +70,7 @@ def header_table(spec: DatasetSpec, raw_dir: Path) -> pd.DataFrame:
         try:
             with opener(path, "rb") as fh:
                 head = fh.read(MAX_HEADER)
-            available = _content_size(path)
+            available = content_size(path)
         except FileNotFoundError as err:
             raise PipelineError(f"{path} is missing: run `dvc repro download` first") from err
         except (OSError, EOFError, zlib.error, IdxError) as err:
