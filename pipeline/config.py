@@ -106,6 +106,7 @@ HYPERPARAMETERS: dict[str, str] = {
     "conv_blocks": "an integer in [1, 4]",
     "convs_per_block": "an integer in [1, 3]",
     "batch_norm": "true or false",
+    "conv_dropout": "a rate in [0, 1)",
     "batch_size": "an integer >= 1",
 }
 REQUIRED_TUNED = ("units", "dropout", "learning_rate")
@@ -116,6 +117,7 @@ def _check_value(name: str, value: Any) -> bool:
         "family": lambda v: v in ("mlp", "cnn"),
         "units": lambda v: isinstance(v, int) and v >= 1,
         "dropout": lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
+        "conv_dropout": lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
         "learning_rate": lambda v: isinstance(v, (int, float)) and v > 0,
         "filters": lambda v: isinstance(v, int) and v >= 1,
         "conv_blocks": lambda v: isinstance(v, int) and 1 <= v <= 4,

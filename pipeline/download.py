@@ -168,7 +168,7 @@ def fetch_file(spec: FileSpec, sources: Iterable[str], target: Path,
 
 
 def download(spec: DatasetSpec, raw_dir: Path, params: DownloadParams,
-             progress: bool = True) -> dict:
+             progress: bool = True, known_sources: dict[str, str] | None = None) -> dict:
     """Make ``raw_dir`` hold verified copies of every file of ``spec``; return the manifest.
 
     A file that replaces an existing one (another dataset's file of the same name, or one
@@ -183,7 +183,9 @@ def download(spec: DatasetSpec, raw_dir: Path, params: DownloadParams,
             digest, origin = None, None
             if target.is_file():
                 try:
-                    digest, origin = verify(target, fspec), "already present (verified)"
+                    # Keep the provenance recorded when the file was fetched.
+                    digest = verify(target, fspec)
+                    origin = (known_sources or {}).get(fspec.name, "already present (verified)")
                 except SourceRefused as why:
                     print(f"{target}: {why}; fetching again")
             if digest is None:
@@ -212,7 +214,12 @@ def main() -> None:
     data = config.section("data", config.DataParams, params)
     dl = config.section("download", DownloadParams, params)
     spec = config.load_dataset_spec(data.dataset, paths.datasets)
-    manifest = download(spec, paths.raw, dl)
+    known = {}
+    if paths.manifest.exists():
+        old = fsio.read_json(paths.manifest)
+        if old.get("dataset") == spec.name:
+            known = {f["file"]: f["source"] for f in old.get("files", [])}
+    manifest = download(spec, paths.raw, dl, known_sources=known)
     keep = {f.name for f in spec.files.values()} | {paths.manifest.name}
     for stale in paths.raw.iterdir():  # files of a previously selected dataset
         if stale.is_file() and stale.name not in keep:
