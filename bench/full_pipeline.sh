@@ -3,11 +3,12 @@
 # wall time of each stage (run one at a time with `dvc repro -s`), the total, the test
 # accuracy, and a no-op `dvc repro` (median of 5).
 #   bash bench/full_pipeline.sh            # prints a table; the copy is removed afterwards
+#   KEEP=1 bash bench/full_pipeline.sh     # keeps the copy (e.g. to serve its registered model)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$repo/.venv/bin:$PATH"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+[[ -n "${KEEP:-}" ]] && echo "working copy: $work" || trap 'rm -rf "$work"' EXIT
 cd "$repo"
 git ls-files --cached --others --exclude-standard -z | xargs -0 cp --parents -t "$work"
 cd "$work"

@@ -32,6 +32,15 @@ def test_build_model_shapes_and_probabilities(family, blocks, batch_norm, shape,
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("conv_dropout, expected", [(0.0, 1), (0.2, 3)])
+def test_conv_dropout_follows_each_pooling(conv_dropout, expected):
+    hp = {**HP, "family": "cnn", "conv_blocks": 2, "conv_dropout": conv_dropout}
+    model = build_model(hp, (8, 8, 1), 2, [0.0], [1.0])
+    dropouts = [layer for layer in model.layers if layer.__class__.__name__ == "Dropout"]
+    assert len(dropouts) == expected  # the dense layer's dropout, plus one per conv block
+    assert [d.rate for d in dropouts[:-1]] == [conv_dropout] * (expected - 1)
+
+
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="unknown model family 'rnn'"):
         build_model({**HP, "family": "rnn"}, (8, 8, 1), 2, [0.0], [1.0])
