@@ -33,7 +33,10 @@ def run(cmd: str | Sequence[str], cwd: Path, env: dict[str, str] | None = None,
     nothing: check ``returncode`` yourself and show ``stdout``/``stderr`` in the message.
     """
     args = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
-    full_env = {**os.environ, **(env or {})}
+    # In-process tests call mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI in
+    # os.environ: a command in another repo copy must not inherit a store that is not its own.
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**inherited, **(env or {})}
     full_env["PATH"] = f"{VENV_BIN}{os.pathsep}{full_env.get('PATH', '')}"
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
