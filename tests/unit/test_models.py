@@ -76,11 +76,16 @@ class StubTrial:
         self.user_attrs[key] = value
 
 
-def test_pruning_callback_stops_the_fit_and_records_what_it_reported():
-    rng = np.random.default_rng(0)
+def tiny_problem(seed: int):
+    """40 random 8x8 images, 2 classes, and an untrained tiny MLP for them."""
+    rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, size=(40, 8, 8, 1)).astype(np.float32)
     y = rng.integers(0, 2, size=40)
-    model = build_model({**HP, "family": "mlp"}, (8, 8, 1), 2, [128.0], [64.0])
+    return x, y, build_model({**HP, "family": "mlp"}, (8, 8, 1), 2, [128.0], [64.0])
+
+
+def test_pruning_callback_stops_the_fit_and_records_what_it_reported():
+    x, y, model = tiny_problem(0)
     trial = StubTrial(prune_at=2)
     with pytest.raises(optuna.TrialPruned, match="pruned after epoch 2"):
         fit_model(model, x, y, x, y, epochs=6, batch_size=20, patience=10,
@@ -91,10 +96,7 @@ def test_pruning_callback_stops_the_fit_and_records_what_it_reported():
 
 
 def test_fit_model_without_pruning_returns_per_epoch_history():
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, size=(40, 8, 8, 1)).astype(np.float32)
-    y = rng.integers(0, 2, size=40)
-    model = build_model({**HP, "family": "mlp"}, (8, 8, 1), 2, [128.0], [64.0])
+    x, y, model = tiny_problem(1)
     trial = StubTrial(prune_at=99)
     history = fit_model(model, x, y, x, y, epochs=3, batch_size=20, patience=10,
                         callbacks=[pruning_callback(trial)])
